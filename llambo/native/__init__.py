@@ -1,0 +1,1 @@
+"""Native backend: llama.cpp through ctypes."""
