@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from .errors import (
     ChecksumError,
+    ContextOverflowError,
     FetchError,
+    GenerationError,
+    InvalidModelId,
     InvalidRequest,
     LlamboError,
+    ModelFileNotFound,
     ModelLoadError,
-    ModelNotFound,
     NativeUnavailable,
     TooManyModels,
 )
@@ -20,11 +23,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChecksumError",
+    "ContextOverflowError",
     "FetchError",
+    "GenerationError",
+    "InvalidModelId",
     "InvalidRequest",
     "LlamboError",
+    "ModelFileNotFound",
     "ModelLoadError",
-    "ModelNotFound",
     "NativeUnavailable",
     "TooManyModels",
     "__version__",

@@ -33,8 +33,12 @@ class ModelLoadError(LlamboError):
     """A model file could not be opened or is not a model llambo can run."""
 
 
-class ModelNotFound(LlamboError, KeyError):
-    """A model id does not name a loaded model."""
+class ModelFileNotFound(ModelLoadError, FileNotFoundError):
+    """The model path does not exist (also a FileNotFoundError)."""
+
+
+class InvalidModelId(LlamboError, KeyError):
+    """A model id does not name a loaded model (never loaded, or already freed)."""
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0]) if self.args else "model not found"
@@ -46,3 +50,11 @@ class TooManyModels(LlamboError):
 
 class InvalidRequest(LlamboError, ValueError):
     """A request or a sampling parameter is out of range or malformed."""
+
+
+class ContextOverflowError(InvalidRequest):
+    """The prompt (plus what must be generated) does not fit the model's context window."""
+
+
+class GenerationError(LlamboError):
+    """The backend failed while evaluating or sampling (e.g. llama_decode returned an error)."""
