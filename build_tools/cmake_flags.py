@@ -74,7 +74,10 @@ def resolve_cuda_arch(requested: tuple[str, ...], visible_gpus: list[str]) -> tu
 def cmake_args_from_env(env: dict[str, str] | None = None) -> tuple[str, ...]:
     """The ``CMAKE_ARGS`` environment variable, split as a shell would."""
     value = (env if env is not None else dict(os.environ)).get("CMAKE_ARGS", "")
-    return tuple(shlex.split(value))
+    try:
+        return tuple(shlex.split(value))
+    except ValueError as exc:
+        raise OptionError(f"CMAKE_ARGS is not valid shell syntax ({exc}): {value!r}") from exc
 
 
 def configure_command(

@@ -136,6 +136,7 @@ def extract_pruned(sdist: Path, pin: Pin, dest: Path) -> int:
             if not _keep(rel):
                 continue
             if rel.startswith("/") or ".." in rel.split("/"):
+                shutil.rmtree(staging, ignore_errors=True)
                 raise SourceError(f"refusing unsafe path {member.name!r} in {sdist.name}")
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
