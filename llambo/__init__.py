@@ -5,6 +5,15 @@
 
 from __future__ import annotations
 
+from ._functions import (
+    detokenize,
+    free_model,
+    get_model_info,
+    infer,
+    list_models,
+    load_model,
+    tokenize,
+)
 from .errors import (
     ChecksumError,
     ContextOverflowError,
@@ -34,4 +43,11 @@ __all__ = [
     "NativeUnavailable",
     "TooManyModels",
     "__version__",
+    "detokenize",
+    "free_model",
+    "get_model_info",
+    "infer",
+    "list_models",
+    "load_model",
+    "tokenize",
 ]
