@@ -18,8 +18,6 @@ import ctypes
 import logging
 import operator
 import os
-import stat
-import struct
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -32,128 +30,23 @@ from ..errors import (
     ContextOverflowError,
     GenerationError,
     InvalidRequest,
-    ModelFileNotFound,
     ModelLoadError,
 )
+from ..gguf_file import check_gguf_file, file_type_name
 from . import llama_h
 from .library import NativeLibrary, load_library
+from .loadlog import captured_log, reason
+from .session import NativeSession, decode_error
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-__all__ = ["NativeModel", "NativeSession", "check_gguf_file", "file_type_name"]
-
-# ---------------------------------------------------------------------------------------------
-# Checks made in Python before a path reaches llama.cpp
-# ---------------------------------------------------------------------------------------------
-
-_GGUF_HEADER = struct.Struct("<4sIQQ")  # magic, version, tensor count, key/value count
-_GGUF_VERSIONS = (2, 3)
-# Smallest possible encodings: a key/value is a u64 key length and a u32 type; a tensor info is a
-# u64 name length, a u32 dimension count, a u32 type and a u64 offset.
-_MIN_KV_BYTES = 12
-_MIN_TENSOR_INFO_BYTES = 24
-
-
-def check_gguf_file(path: Path) -> None:
-    """Raise unless ``path`` is a readable regular file with a plausible GGUF header.
-
-    Catches what needs no parsing (missing, directory, wrong magic, truncated header, counts
-    that cannot fit the file) so that such files never reach the C loader.
-    """
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise ModelFileNotFound(f"no model file at {path}") from None
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read the model file {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ModelLoadError(f"{path} is a directory, not a GGUF model file")
-    if not stat.S_ISREG(info.st_mode):
-        raise ModelLoadError(f"{path} is not a regular file")
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(_GGUF_HEADER.size)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read the model file {path}: {exc.strerror or exc}") from None
-    if head[:4] != b"GGUF":
-        raise ModelLoadError(f"{path} is not a GGUF file (magic {head[:4]!r})")
-    if len(head) < _GGUF_HEADER.size:
-        raise ModelLoadError(f"{path} is truncated: {len(head)} bytes, shorter than a GGUF header")
-    _, version, n_tensors, n_kv = _GGUF_HEADER.unpack(head)
-    if version not in _GGUF_VERSIONS:
-        hint = " (a big-endian file?)" if version & 0xFFFF == 0 else ""
-        raise ModelLoadError(f"{path} is GGUF version {version}{hint}; llama.cpp reads versions 2 and 3")
-    room = info.st_size - _GGUF_HEADER.size
-    if n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES > room:
-        raise ModelLoadError(
-            f"{path} is corrupt or truncated: its header lists {n_kv} metadata entries and "
-            f"{n_tensors} tensors, which cannot fit in {info.st_size} bytes"
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# llama.cpp's log lines, for error messages
-# ---------------------------------------------------------------------------------------------
-
-_LOG_LINES_IN_ERRORS = 3
-
-
-class _LogCapture(logging.Handler):
-    """Collects the warnings and errors llama.cpp logs from this thread while it is attached."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.thread = threading.get_ident()
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread in (None, self.thread):
-            text = record.getMessage().strip()
-            if text:
-                self.lines.append(text)
-
-
-@contextmanager
-def _captured_log() -> Iterator[list[str]]:
-    """The lines logged at WARNING or above to ``llambo.native`` by this thread within the block."""
-    handler = _LogCapture()
-    logger = logging.getLogger("llambo.native")
-    logger.addHandler(handler)
-    try:
-        yield handler.lines
-    finally:
-        logger.removeHandler(handler)
-
-
-def _reason(lines: list[str]) -> str:
-    return "; ".join(lines[-_LOG_LINES_IN_ERRORS:]) or "llama.cpp logged no reason"
-
+__all__ = ["NativeModel"]
 
 # ---------------------------------------------------------------------------------------------
 # Names for llama.cpp's numbers
 # ---------------------------------------------------------------------------------------------
-
-# enum llama_ftype (llama.h), as the quantization names llama.cpp's tools print.
-_FILE_TYPES = {
-    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
-    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S", 17: "Q5_K_M",
-    18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS", 23: "IQ3_XXS", 24: "IQ1_S",
-    25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M",
-    32: "BF16", 36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE", 39: "NVFP4", 40: "Q1_0", 41: "Q2_0",
-    1024: "GUESSED",
-}  # fmt: skip
-
-
-def file_type_name(value: str | None) -> str:
-    """The quantization name of a ``general.file_type`` value (the number itself if unknown)."""
-    if value is None:
-        return "unknown"
-    try:
-        return _FILE_TYPES.get(int(value), value)
-    except ValueError:
-        return value
 
 
 def _vocab_type_name(value: int) -> str:
@@ -169,18 +62,6 @@ def _load_mode(params: LoadParams) -> int:
     if params.use_mmap:
         return mode.LLAMA_LOAD_MODE_MMAP_MLOCK if params.use_mlock else mode.LLAMA_LOAD_MODE_MMAP
     return mode.LLAMA_LOAD_MODE_MLOCK if params.use_mlock else mode.LLAMA_LOAD_MODE_NONE
-
-
-_DECODE_STATUS = {
-    1: "no KV cache slot for the batch (the context is full)",
-    2: "aborted",
-    -1: "invalid input batch",
-}
-
-
-def _decode_error(status: int, n_tokens: int) -> GenerationError:
-    meaning = _DECODE_STATUS.get(status, "fatal error")
-    return GenerationError(f"llama_decode failed on {n_tokens} token(s) with status {status}: {meaning}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,10 +148,10 @@ class NativeModel:
         model_params = lib.llama_model_default_params()
         model_params.n_gpu_layers = params.n_gpu_layers  # negative: every layer
         model_params.load_mode = _load_mode(params)
-        with _captured_log() as lines:
+        with captured_log() as lines:
             model = lib.llama_model_load_from_file(os.fsencode(self.path), model_params)
         if not model:
-            raise ModelLoadError(f"llama.cpp could not load {self.path}: {_reason(lines)}")
+            raise ModelLoadError(f"llama.cpp could not load {self.path}: {reason(lines)}")
         self._model = model
         self._requested_ctx = params.effective_ctx(lib.llama_model_n_ctx_train(model))
         threads = params.effective_threads()
@@ -283,12 +164,12 @@ class NativeModel:
         ctx_params.n_threads_batch = threads
         ctx_params.flash_attn_type = llama_h.llama_flash_attn_type.LLAMA_FLASH_ATTN_TYPE_AUTO
         ctx_params.no_perf = False
-        with _captured_log() as lines:
+        with captured_log() as lines:
             ctx = lib.llama_init_from_model(model, ctx_params)
         if not ctx:
             raise ModelLoadError(
                 f"llama.cpp loaded {self.path} but could not create a context of "
-                f"{self._requested_ctx} tokens: {_reason(lines)}"
+                f"{self._requested_ctx} tokens: {reason(lines)}"
             )
         return model, ctx
 
@@ -523,7 +404,7 @@ class NativeModel:
             chunk = (_Token * count).from_buffer(array, start * _TOKEN_SIZE)
             status = lib.llama_decode(self._ctx, lib.llama_batch_get_one(chunk, count))
             if status:
-                raise _decode_error(status, count)
+                raise decode_error(status, count)
 
     def session(self, params: SamplingParams) -> NativeSession:
         """A generation session holding this model's context until it is closed."""
@@ -654,133 +535,3 @@ def _int_or_none(value: str | None) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-# ---------------------------------------------------------------------------------------------
-# A session: one generation on the model's context
-# ---------------------------------------------------------------------------------------------
-
-
-def _build_sampler(lib: ctypes.CDLL, params: SamplingParams, n_vocab: int, n_ctx: int) -> int:
-    """A sampler chain in llama.cpp's order: penalties, top_k, top_p, min_p, then temp + dist or greedy."""
-    chain_params = lib.llama_sampler_chain_default_params()
-    chain_params.no_perf = False
-    chain = lib.llama_sampler_chain_init(chain_params)
-    if not chain:
-        raise GenerationError("llama_sampler_chain_init failed")
-
-    def add(sampler: int | None, name: str) -> None:
-        if not sampler:
-            raise GenerationError(f"llama.cpp could not create the {name} sampler")
-        lib.llama_sampler_chain_add(chain, sampler)  # the chain owns it from here
-
-    try:
-        if params.repeat_penalty != 1.0 and params.repeat_last_n != 0:
-            last_n = n_ctx if params.repeat_last_n < 0 else params.repeat_last_n
-            add(
-                lib.llama_sampler_init_penalties(n_vocab, last_n, params.repeat_penalty, 0.0, 0.0),
-                "penalties",
-            )
-        if params.greedy:
-            add(lib.llama_sampler_init_greedy(), "greedy")
-        else:
-            if params.top_k > 0:
-                add(lib.llama_sampler_init_top_k(params.top_k), "top_k")
-            if params.top_p < 1.0:
-                add(lib.llama_sampler_init_top_p(params.top_p, 1), "top_p")
-            if params.min_p > 0.0:
-                add(lib.llama_sampler_init_min_p(params.min_p, 1), "min_p")
-            add(lib.llama_sampler_init_temp(params.temperature), "temp")
-            seed = llama_h.LLAMA_DEFAULT_SEED if params.seed is None else params.seed
-            add(lib.llama_sampler_init_dist(seed), "dist")
-    except BaseException:
-        lib.llama_sampler_free(chain)
-        raise
-    return int(chain)
-
-
-class NativeSession:
-    """One generation on a model's context, which it holds until :meth:`close`.
-
-    The per-token path (``sample``/``feed``) touches only prebound ctypes functions, prebuilt
-    arguments and a preallocated one-token batch.
-    """
-
-    _closed = True  # until __init__ completes: a half-built session has nothing to give back
-    _ready = False
-
-    def __init__(self, model: NativeModel, params: SamplingParams) -> None:
-        assert model._lib is not None
-        self._model = model
-        self._params = params
-        self._lib = lib = model._lib
-        self._sampler = _build_sampler(lib, params, model.n_vocab, model.n_ctx)
-        self._penalised = params.repeat_penalty != 1.0 and params.repeat_last_n != 0
-        self._ctx_arg = ctypes.c_void_p(model._ctx)
-        self._sampler_arg = ctypes.c_void_p(self._sampler)
-        self._decode: Callable[..., int] = lib.llama_decode
-        self._sample: Callable[..., int] = lib.llama_sampler_sample
-        self._one = (_Token * 1)()
-        self._one_batch = lib.llama_batch_get_one(self._one, 1)  # points into self._one
-        self._closed = False
-
-    def prefill(self, tokens: Sequence[int]) -> None:
-        """Evaluate the prompt from an empty context, in batches of the model's ``n_batch``."""
-        if self._closed:
-            raise InvalidRequest("the session is closed")
-        model = self._model
-        ids = model._token_ids(tokens)
-        self._ready = False
-        lib = self._lib
-        lib.llama_sampler_reset(self._sampler_arg)  # a new generation: forget accepted tokens, reseed
-        lib.llama_perf_context_reset(self._ctx_arg)  # so perf() describes this generation
-        model._evaluate(lib, ids)
-        if self._penalised:
-            # The repetition penalty looks back over the prompt too, as llama.cpp's tools do.
-            window = len(ids) if self._params.repeat_last_n < 0 else self._params.repeat_last_n
-            accept = lib.llama_sampler_accept
-            for token in ids[-window:]:
-                accept(self._sampler_arg, token)
-        self._ready = True
-
-    def sample(self) -> int:
-        """Sample the next token from the last logits; llama_sampler_sample also accepts it."""
-        if not self._ready:
-            raise InvalidRequest(
-                "sample() needs prefill() first" if not self._closed else "the session is closed"
-            )
-        token: int = self._sample(self._sampler_arg, self._ctx_arg, -1)
-        return token
-
-    def feed(self, token: int) -> None:
-        """Evaluate one more token (the hot path: no allocation, one C call)."""
-        if not self._ready:
-            raise InvalidRequest(
-                "feed() needs prefill() first" if not self._closed else "the session is closed"
-            )
-        self._one[0] = token
-        status = self._decode(self._ctx_arg, self._one_batch)
-        if status:
-            self._ready = False  # the logits are not to be trusted (sampling them could abort)
-            raise _decode_error(status, 1)
-
-    def close(self) -> None:
-        """Free the sampler and give the context back; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._ready = False
-        try:
-            self._lib.llama_sampler_free(self._sampler)
-        finally:
-            self._model._end_session()
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):  # the interpreter may be tearing down
-            self.close()
-
-    def __enter__(self) -> NativeSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -17,8 +17,9 @@ from llambo.errors import (
     ModelFileNotFound,
     ModelLoadError,
 )
+from llambo.gguf_file import check_gguf_file
 from llambo.native import model as native_model_module
-from llambo.native.model import NativeModel, check_gguf_file
+from llambo.native.model import NativeModel
 
 pytestmark = pytest.mark.native
 

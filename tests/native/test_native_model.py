@@ -13,10 +13,12 @@ import pytest
 from llambo.api import LoadedModel, LoadParams, SamplingParams, Session
 from llambo.errors import ContextOverflowError, GenerationError, InvalidRequest
 from llambo.generation import TextStream, generate
-from llambo.native import model as native_module
+from llambo.gguf_file import file_type_name
+from llambo.native import session as session_module
 from llambo.native.backend import NativeBackend
 from llambo.native.library import NativeLibrary
-from llambo.native.model import NativeModel, NativeSession, file_type_name
+from llambo.native.model import NativeModel
+from llambo.native.session import NativeSession
 
 pytestmark = pytest.mark.native
 
@@ -481,7 +483,7 @@ def test_a_failed_session_start_gives_the_context_back(
         raise GenerationError("no sampler today")
 
     with monkeypatch.context() as patch:
-        patch.setattr(native_module, "_build_sampler", broken)
+        patch.setattr(session_module, "build_sampler", broken)
         with pytest.raises(GenerationError, match="no sampler"):
             native_model.session(GREEDY)
     gc.collect()  # a half-built session must not give the context back a second time
