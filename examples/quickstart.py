@@ -1,0 +1,46 @@
+"""Answer a prompt with the default model, streaming, and report which backend ran and how fast.
+
+python examples/quickstart.py "The three primary colours are"
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import llambo
+from llambo.api import SamplingParams
+from llambo.default_model import ensure_default_model
+from llambo.generation import TextStream
+from llambo.registry import default_registry
+
+
+def main(argv: list[str]) -> int:
+    prompt = " ".join(argv) or "The three primary colours are"
+    path = ensure_default_model()
+    model_id = llambo.load_model(path)
+    try:
+        info = json.loads(llambo.get_model_info(model_id))
+        print(f"model: {info['name']} ({info['file_type']}, {info['n_params'] / 1e6:.0f}M parameters)")
+        print(f"backend: {info['backend']}\n", file=sys.stderr)
+        params = SamplingParams(temperature=0, max_tokens=64)
+        stream = TextStream(default_registry().get(model_id), prompt, params)
+        print(prompt, end="", flush=True)
+        for piece in stream:
+            print(piece, end="", flush=True)
+        print()
+        assert stream.result is not None
+        timings = stream.result.timings
+        print(
+            f"\n[{stream.result.backend}] {timings.generated_tokens} tokens, "
+            f"{timings.tokens_per_second:.1f} tokens/s "
+            f"(prompt: {timings.prompt_tokens_per_second:.0f} tokens/s)",
+            file=sys.stderr,
+        )
+    finally:
+        llambo.free_model(model_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
