@@ -54,7 +54,7 @@ class SyntheticSpec:
     rope_base: float = 10000.0
     rms_eps: float = 1e-5
     tied_output: bool = True
-    dtype: str = "f32"  # f32, f16 or q8_0 for the 2-D weights
+    dtype: str = "f32"  # one of DTYPES (f32, f16, q8_0, q4_0, q4_1, q5_0, q5_1, bf16) for the 2-D weights
     seed: int = 0
     chat_template: bool = True
 
@@ -70,16 +70,29 @@ def _vocab() -> tuple[list[str], list[int]]:
     return tokens, types
 
 
+# Types stored through gguf's own quantizer (q8_0 first; the rest were added for the reference backend).
+_QUANTIZED = {
+    "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+    "q4_0": (gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+    "q4_1": (gguf.GGMLQuantizationType.Q4_1, gguf.LlamaFileType.MOSTLY_Q4_1),
+    "q5_0": (gguf.GGMLQuantizationType.Q5_0, gguf.LlamaFileType.MOSTLY_Q5_0),
+    "q5_1": (gguf.GGMLQuantizationType.Q5_1, gguf.LlamaFileType.MOSTLY_Q5_1),
+    "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+}
+DTYPES = ("f32", "f16", *_QUANTIZED)
+
+
 def _matrix(writer: gguf.GGUFWriter, name: str, data: np.ndarray, dtype: str) -> None:
     if dtype == "f32":
         writer.add_tensor(name, data.astype(np.float32))
     elif dtype == "f16":
         writer.add_tensor(name, data.astype(np.float16))
-    elif dtype == "q8_0":
-        quant = gguf.quants.quantize(data.astype(np.float32), gguf.GGMLQuantizationType.Q8_0)
-        writer.add_tensor(name, quant, raw_shape=quant.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    elif dtype in _QUANTIZED:
+        qtype = _QUANTIZED[dtype][0]
+        quant = gguf.quants.quantize(data.astype(np.float32), qtype)
+        writer.add_tensor(name, quant, raw_shape=quant.shape, raw_dtype=qtype)
     else:
-        raise ValueError(f"unsupported dtype {dtype!r}: use f32, f16 or q8_0")
+        raise ValueError(f"unsupported dtype {dtype!r}: use one of {', '.join(DTYPES)}")
 
 
 def write_model(path: Path, spec: SyntheticSpec | None = None) -> Path:
@@ -106,7 +119,7 @@ def write_model(path: Path, spec: SyntheticSpec | None = None) -> Path:
     file_type = {
         "f32": gguf.LlamaFileType.ALL_F32,
         "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+        **{name: ftype for name, (_, ftype) in _QUANTIZED.items()},
     }[spec.dtype]
     writer.add_file_type(int(file_type))
     writer.add_tokenizer_model("gpt2")
