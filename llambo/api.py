@@ -260,6 +260,9 @@ class ModelInfo:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
 
 
+# The special tokens ModelInfo reports, the same for every backend (None: the model has none).
+INFO_SPECIAL_TOKENS = ("bos", "eos", "eot", "pad", "unk")
+
 METADATA_ARRAY_PREVIEW = 8
 
 

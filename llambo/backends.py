@@ -14,7 +14,13 @@ def _native() -> Backend:
     return NativeBackend()
 
 
-_FACTORIES: dict[str, Callable[[], Backend]] = {"native": _native}
+def _reference() -> Backend:
+    from .reference.model import ReferenceBackend
+
+    return ReferenceBackend()
+
+
+_FACTORIES: dict[str, Callable[[], Backend]] = {"native": _native, "reference": _reference}
 _instances: dict[str, Backend] = {}
 _lock = threading.Lock()
 

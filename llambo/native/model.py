@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..api import LoadParams, ModelInfo, SamplingParams, summarise_metadata_value
+from ..api import INFO_SPECIAL_TOKENS, LoadParams, ModelInfo, SamplingParams, summarise_metadata_value
 from ..errors import (
     ContextOverflowError,
     GenerationError,
@@ -494,8 +494,8 @@ class NativeModel:
                 vocab_type=_vocab_type_name(lib.llama_vocab_type(vocab)),
                 n_vocab=self._n_vocab,
                 special_tokens={
-                    name: None if value is None or value == llama_h.LLAMA_TOKEN_NULL else value
-                    for name, value in special.items()
+                    name: None if special[name] in (None, llama_h.LLAMA_TOKEN_NULL) else special[name]
+                    for name in INFO_SPECIAL_TOKENS
                 },
                 has_chat_template=lib.llama_model_chat_template(model, None) is not None,
                 n_gpu_layers=offloaded,
