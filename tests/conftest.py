@@ -27,3 +27,15 @@ def llama_source_dir() -> Path:
             "(or set LLAMBO_LLAMA_CPP_DIR) before the tests"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    """The verified default model (fetched into the cache on first use; `nox -s tests` fetches it)."""
+    from llambo.default_model import ensure_default_model
+    from llambo.errors import LlamboError
+
+    try:
+        return ensure_default_model(progress=False)
+    except LlamboError as exc:
+        pytest.fail(f"the default model could not be fetched: {exc}")

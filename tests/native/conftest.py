@@ -8,20 +8,9 @@ from pathlib import Path
 import pytest
 
 from llambo.api import LoadParams
-from llambo.errors import LlamboError, NativeUnavailable
+from llambo.errors import NativeUnavailable
 from llambo.native.library import NativeLibrary, load_library
 from llambo.native.model import NativeModel
-
-
-@pytest.fixture(scope="session")
-def default_model_path() -> Path:
-    """The verified default model (fetched into the cache on first use)."""
-    from llambo.default_model import ensure_default_model
-
-    try:
-        return ensure_default_model(progress=False)
-    except LlamboError as exc:
-        pytest.fail(f"the native tests need the default model, which could not be fetched: {exc}")
 
 
 @pytest.fixture(scope="session")

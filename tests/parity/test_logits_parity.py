@@ -25,8 +25,6 @@ import pytest
 from support.synthetic_gguf import SyntheticSpec, write_model
 
 from llambo.api import LoadParams, SamplingParams
-from llambo.default_model import ensure_default_model
-from llambo.errors import LlamboError
 from llambo.generation import generate, prompt_tokens
 from llambo.native.library import library_status
 from llambo.native.model import NativeModel
@@ -160,22 +158,14 @@ MARGIN, MAX_ABS_DIFF, MAX_REL_RMS = 0.5, 1.5, 0.05
 
 
 @pytest.fixture(scope="module")
-def default_model() -> Path:
-    try:
-        return ensure_default_model(progress=False)
-    except LlamboError as exc:
-        pytest.fail(f"the parity test needs the default model, which could not be fetched: {exc}")
-
-
-@pytest.fixture(scope="module")
-def reference_model(default_model: Path) -> tuple[HParams, Weights]:
-    hp, weights, _ = load_weights(default_model, cache=False)
+def reference_model(default_model_path: Path) -> tuple[HParams, Weights]:
+    hp, weights, _ = load_weights(default_model_path, cache=False)
     return hp, weights
 
 
 @pytest.fixture(scope="module")
-def native_model(default_model: Path) -> Iterator[NativeModel]:
-    model = _native(default_model)
+def native_model(default_model_path: Path) -> Iterator[NativeModel]:
+    model = _native(default_model_path)
     yield model
     model.close()
 

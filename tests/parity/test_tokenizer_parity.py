@@ -20,8 +20,6 @@ import pytest
 from parity.corpus import SPECIAL, parity_corpus, random_token_sequences, random_unicode, small_corpus
 
 from llambo.api import LoadParams
-from llambo.default_model import ensure_default_model
-from llambo.errors import LlamboError
 from llambo.native.library import library_status, load_library
 from llambo.native.model import NativeModel
 from llambo.reference.tokenizer import _BYTE_CHARS, SUPPORTED_PRE_TOKENIZERS, Tokenizer, _read_gguf_metadata
@@ -104,14 +102,6 @@ class LlamaVocab:
 # ---------------------------------------------------------------------------------------------
 # Fixtures
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def default_model_path() -> Path:
-    try:
-        return ensure_default_model(progress=False)
-    except LlamboError as exc:
-        pytest.fail(f"the parity tests need the default model, which could not be fetched: {exc}")
 
 
 @pytest.fixture(scope="module")
