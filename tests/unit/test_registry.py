@@ -304,8 +304,9 @@ def test_the_exit_hook_frees_every_model_once(tmp_path: Path) -> None:
 
 
 def test_backends_by_name() -> None:
-    assert backend_names() == ("native",)
-    with pytest.raises(ValueError, match="unknown backend 'cuda'; valid backends: native"):
+    assert backend_names() == ("native", "reference")
+    assert get_backend("reference").name == "reference"
+    with pytest.raises(ValueError, match="unknown backend 'cuda'; valid backends: native, reference"):
         get_backend("cuda")
     with pytest.raises(TypeError):
         get_backend(None)  # type: ignore[arg-type]
