@@ -16,10 +16,12 @@ matmuls ~20 ms in all against 27 ms with every matrix ``(out, in)``. Prefill (sg
 either way. Q/K/V are fused into one ``wqkv`` matrix and gate/up into one ``w_gate_up`` (views
 expose the parts), so each layer does four large matmuls; no second copy of any weight exists.
 
-The arena can live in a dequantisation cache, ``<cache>/dequant/<key>.npy``, keyed by the GGUF's
-resolved path, size and mtime (hashing it would add ~0.2 s per 100 MB to every load, and model
-files are replaced, not edited in place) plus the layout version. A later load memory-maps it read-only
-instead of dequantising. The file is written under a temporary name and renamed once complete.
+The arena of a model of 64 MiB or more (in float32) can live in a dequantisation cache,
+``<cache>/dequant/<key>.npy``, keyed by the GGUF's resolved path, size and mtime (hashing it would
+add ~0.2 s per 100 MB to every load, and model files are replaced, not edited in place) plus the
+layout version. A later load memory-maps it read-only instead of dequantising. The file is written
+under a temporary name and renamed once flushed; a ``.source`` file beside it names the GGUF, so
+entries whose model is gone (or was replaced) are removed whenever a new entry is written.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import os
 import shutil
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -70,6 +73,8 @@ _LAYOUT_VERSION = 2  # bump when the arena layout changes: old cache files are t
 _ALIGN = 16  # float32 elements (64 bytes) between arrays in the arena
 _CHUNK_ELEMENTS = 1 << 18  # elements dequantised per step: temporaries stay in cache
 _FREE_SPACE_FACTOR = 2  # write a cache file only if this many times its size is free
+_CACHE_MIN_BYTES = 64 << 20  # smaller models dequantise in well under 0.2 s: not worth a file
+_STALE_TMP_SECONDS = 24 * 3600  # a temporary file this old was left by a writer that died
 
 # ---------------------------------------------------------------------------------------------
 # The GGUF container
@@ -685,13 +690,13 @@ def _cache_enabled(cache: bool | None) -> bool:
     return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
-def _cache_names(path: Path) -> tuple[str, str]:
-    """(prefix for this model path, full file name for this exact file version and layout)."""
+def _cache_names(path: Path) -> tuple[Path, str]:
+    """(the resolved model path, the cache file name for this exact file version and layout)."""
     resolved = path.resolve()
     st = resolved.stat()
     prefix = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:16]
     version = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{_LAYOUT_VERSION}".encode()).hexdigest()[:16]
-    return prefix, f"{prefix}-{version}.npy"
+    return resolved, f"{prefix}-{version}.npy"
 
 
 def _open_cached(file: Path, n_floats: int) -> F32Array | None:
@@ -707,18 +712,36 @@ def _open_cached(file: Path, n_floats: int) -> F32Array | None:
     return arena
 
 
-def _finish_cache_file(handle: Any, tmp: Path, final: Path, prefix: str) -> None:
-    """Flush the new cache file to disk, rename it into place and drop older versions of it."""
+def _finish_cache_file(handle: Any, tmp: Path, final: Path, source: Path) -> None:
+    """Flush the new cache file to disk, rename it into place and prune entries that are stale."""
     try:
         os.fsync(handle.fileno())
         handle.close()
+        final.with_suffix(".source").write_text(os.fsdecode(source), encoding="utf-8")
         os.replace(tmp, final)
-        for old in final.parent.glob(f"{prefix}-*.npy"):
-            if old != final:
-                old.unlink(missing_ok=True)
     except OSError as exc:
         log.warning("could not write the dequantisation cache %s: %s", final, exc)
         tmp.unlink(missing_ok=True)
+        return
+    _prune(final.parent)
+
+
+def _prune(folder: Path) -> None:
+    """Remove cache entries whose GGUF is gone or changed, and temporary files left by dead writers."""
+    for entry in folder.glob("*.npy"):
+        marker = entry.with_suffix(".source")
+        try:
+            source = Path(marker.read_text(encoding="utf-8"))
+            current = source.exists() and _cache_names(source)[1] == entry.name
+        except (OSError, UnicodeDecodeError):
+            current = False  # no readable marker: an entry from an interrupted write
+        if not current:
+            entry.unlink(missing_ok=True)
+            marker.unlink(missing_ok=True)
+    for tmp in folder.glob("*.tmp"):
+        with contextlib.suppress(OSError):
+            if time.time() - tmp.stat().st_mtime > _STALE_TMP_SECONDS:
+                tmp.unlink()
 
 
 def _new_cache_arena(final: Path, n_floats: int) -> tuple[F32Array, Any, Path] | None:
@@ -752,38 +775,44 @@ def load_weights(
     """Read a GGUF model: hyper-parameters, float32 weights and metadata (plain Python values).
 
     ``cache`` (default: on unless ``LLAMBO_REFERENCE_CACHE=0``) reuses or writes the dequantised
-    arena in :func:`dequant_cache_dir`. Unsupported architectures, tensor types or tensors raise
-    :class:`~llambo.errors.ModelLoadError` naming them, before any weight is dequantised.
+    arena in :func:`dequant_cache_dir` (models under 64 MiB are never cached). Unsupported
+    architectures, tensor types or tensors raise :class:`~llambo.errors.ModelLoadError` naming
+    them, before any weight is dequantised.
     """
     with GGUFFile(path) as gfile:
         hp = read_hparams(gfile)
         plan = _plan(gfile, hp)
-        metadata = gfile.metadata
-        use_cache = _cache_enabled(cache)
-        if use_cache:
-            prefix, name = _cache_names(gfile.path)
-            final = dequant_cache_dir() / name
-            arena = _open_cached(final, plan.size)
-            if arena is not None:
-                return hp, _weights(arena, plan, hp, cached=True), metadata
-            fresh = _new_cache_arena(final, plan.size)
-        else:
-            fresh = None
-        if fresh is None:
+        weights = None
+        if _cache_enabled(cache) and 4 * plan.size >= _CACHE_MIN_BYTES:
+            weights = _load_through_cache(gfile, plan, hp)
+        if weights is None:
             arena = np.empty(plan.size, dtype=np.float32)
             _fill(gfile, arena, plan)
             arena.flags.writeable = False
-            return hp, _weights(arena, plan, hp, cached=False), metadata
-        arena, handle, tmp = fresh
-        try:
-            _fill(gfile, arena, plan)
-        except BaseException:
-            handle.close()
-            tmp.unlink(missing_ok=True)
-            raise
-        arena.flags.writeable = False
-        # fsync and rename off the caller's path: the weights are usable now.
-        threading.Thread(
-            target=_finish_cache_file, args=(handle, tmp, final, prefix), name="llambo-dequant-cache"
-        ).start()
-        return hp, _weights(arena, plan, hp, cached=False), metadata
+            weights = _weights(arena, plan, hp, cached=False)
+        return hp, weights, gfile.metadata
+
+
+def _load_through_cache(gfile: GGUFFile, plan: _Planner, hp: HParams) -> Weights | None:
+    """The cached arena, or a fresh one dequantised into a new cache file; None if neither works."""
+    source, name = _cache_names(gfile.path)
+    final = dequant_cache_dir() / name
+    arena = _open_cached(final, plan.size)
+    if arena is not None:
+        return _weights(arena, plan, hp, cached=True)
+    fresh = _new_cache_arena(final, plan.size)
+    if fresh is None:
+        return None
+    arena, handle, tmp = fresh
+    try:
+        _fill(gfile, arena, plan)
+    except BaseException:
+        handle.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    arena.flags.writeable = False
+    # fsync, rename and prune off the caller's path: the weights are usable now.
+    threading.Thread(
+        target=_finish_cache_file, args=(handle, tmp, final, source), name="llambo-dequant-cache"
+    ).start()
+    return _weights(arena, plan, hp, cached=False)

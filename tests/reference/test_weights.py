@@ -358,10 +358,21 @@ def _wait_for_cache_writers() -> None:
 
 @pytest.fixture
 def cache_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache folder, with the size floor lifted so that synthetic models are cached."""
     root = tmp_path / "cache"
     monkeypatch.setenv("LLAMBO_CACHE_DIR", str(root))
     monkeypatch.delenv(gguf_weights.CACHE_ENV, raising=False)
+    monkeypatch.setattr(gguf_weights, "_CACHE_MIN_BYTES", 0)
     return root / "dequant"
+
+
+def test_small_models_are_not_cached(
+    tmp_path: Path, cache_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gguf_weights, "_CACHE_MIN_BYTES", 64 << 20)
+    assert not load_weights(_model(tmp_path))[1].cached
+    _wait_for_cache_writers()
+    assert not cache_root.exists()
 
 
 def test_the_cache_is_written_then_reused(tmp_path: Path, cache_root: Path) -> None:
@@ -371,6 +382,7 @@ def test_the_cache_is_written_then_reused(tmp_path: Path, cache_root: Path) -> N
     _wait_for_cache_writers()
     files = list(cache_root.glob("*.npy"))
     assert len(files) == 1 and not list(cache_root.glob("*.tmp"))
+    assert files[0].with_suffix(".source").read_text() == str(path.resolve())
     hp2, second, meta2 = load_weights(path)
     assert second.cached and hp2 == hp and meta2 == meta
     np.testing.assert_array_equal(second.arena, first.arena)
@@ -410,3 +422,17 @@ def test_the_cache_can_be_turned_off(
         load_weights(path)
     _wait_for_cache_writers()
     assert not cache_root.exists() or not list(cache_root.iterdir())
+
+
+def test_entries_of_deleted_models_are_pruned(tmp_path: Path, cache_root: Path) -> None:
+    kept, deleted = _model(tmp_path, seed=1), _model(tmp_path, seed=2)
+    load_weights(deleted)
+    _wait_for_cache_writers()
+    deleted.unlink()
+    stray = cache_root / "0123456789abcdef-0123456789abcdef.npy"  # no .source: an interrupted write
+    np.save(stray, np.zeros(4, np.float32))
+    load_weights(kept)  # writing a new entry prunes the others
+    _wait_for_cache_writers()
+    (entry,) = cache_root.glob("*.npy")
+    assert entry.with_suffix(".source").read_text() == str(kept.resolve())
+    assert sorted(p.suffix for p in cache_root.iterdir()) == [".npy", ".source"]
