@@ -14,6 +14,15 @@ from ._functions import (
     load_model,
     tokenize,
 )
+from .api import (
+    ChatMessage,
+    FinishReason,
+    InferenceRequest,
+    InferenceResult,
+    ModelInfo,
+    SamplingParams,
+    Timings,
+)
 from .errors import (
     ChecksumError,
     ContextOverflowError,
@@ -27,22 +36,35 @@ from .errors import (
     NativeUnavailable,
     TooManyModels,
 )
+from .generation import TextStream
+from .model import Model
+from .selection import backend_info
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChatMessage",
     "ChecksumError",
     "ContextOverflowError",
     "FetchError",
+    "FinishReason",
     "GenerationError",
+    "InferenceRequest",
+    "InferenceResult",
     "InvalidModelId",
     "InvalidRequest",
     "LlamboError",
+    "Model",
     "ModelFileNotFound",
+    "ModelInfo",
     "ModelLoadError",
     "NativeUnavailable",
+    "SamplingParams",
+    "TextStream",
+    "Timings",
     "TooManyModels",
     "__version__",
+    "backend_info",
     "detokenize",
     "free_model",
     "get_model_info",

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
-from .api import LoadParams, SamplingParams
+from .api import InferenceRequest, InferenceResult, LoadParams, SamplingParams
+from .chat import chat_prompt
 from .generation import generate
 from .registry import default_registry
+from .selection import resolve_backend
 
 __all__ = ["detokenize", "free_model", "get_model_info", "infer", "list_models", "load_model", "tokenize"]
 
@@ -41,19 +43,22 @@ def load_model(
     use_mmap: bool = True,
     n_gpu_layers: int = 0,
     *,
-    backend: str = "native",
+    backend: str | None = None,
     n_ctx: int = 0,
     n_threads: int = 0,
     n_batch: int = 512,
 ) -> int:
-    """Load a GGUF model and return its id (the same id again for the same file and settings)."""
+    """Load a GGUF model and return its id (the same id again for the same file and settings).
+
+    ``backend``: ``"auto"`` (native, else the reference with a warning), ``"native"`` or
+    ``"reference"``; None reads ``$LLAMBO_BACKEND`` (default auto).
+    """
     if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    _check_str("backend", backend)
     params = LoadParams(
         use_mmap=use_mmap, n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch
     )
-    return default_registry().load(path, params, backend)
+    return default_registry().load(path, params, resolve_backend(backend))
 
 
 def free_model(model_id: int) -> None:
@@ -83,14 +88,56 @@ def detokenize(model_id: int, tokens: Sequence[int]) -> str:
     return default_registry().get(model_id).detokenize(tokens)
 
 
+@overload
 def infer(
     model_id: int, prompt: str, max_tokens: int = 128, temperature: float = 0.8, **sampling: Any
-) -> str:
-    """Generate a continuation of ``prompt`` (keyword arguments: the fields of SamplingParams)."""
+) -> str: ...
+
+
+@overload
+def infer(model_id: InferenceRequest) -> InferenceResult: ...
+
+
+def infer(
+    model_id: int | InferenceRequest,
+    prompt: str | None = None,
+    max_tokens: int = 128,
+    temperature: float = 0.8,
+    **sampling: Any,
+) -> str | InferenceResult:
+    """Generate a continuation of ``prompt`` (keyword arguments: the fields of SamplingParams).
+
+    Given one :class:`InferenceRequest` instead, run it (loading its model path for the call if
+    it names a file) and return the whole :class:`InferenceResult`.
+    """
+    if isinstance(model_id, InferenceRequest):
+        if prompt is not None or sampling:
+            raise TypeError("infer(request) takes the request alone; put the sampling in request.sampling")
+        return _run_request(model_id)
     _check_id(model_id)
     _check_str("prompt", prompt)
     params = SamplingParams.from_kwargs(max_tokens=max_tokens, temperature=temperature, **sampling)
+    assert prompt is not None
     return generate(default_registry().get(model_id), prompt, params).text
+
+
+def _run_request(request: InferenceRequest) -> InferenceResult:
+    registry = default_registry()
+    if isinstance(request.model, int):
+        registry.retain(request.model)  # held for the call, so a concurrent free cannot close it
+        model_id = request.model
+    else:
+        model_id = load_model(request.model)
+    try:
+        model = registry.get(model_id)
+        if request.messages is not None:
+            prompt = chat_prompt(model, request.messages)
+        else:
+            assert request.prompt is not None
+            prompt = request.prompt
+        return generate(model, prompt, request.sampling)
+    finally:
+        registry.free(model_id)
 
 
 def get_model_info(model_id: int) -> str:

@@ -250,6 +250,13 @@ class ModelRegistry:
             assert model is not None
             return model
 
+    def retain(self, model_id: int) -> int:
+        """Add one load to ``model_id`` (as loading the same file again would); returns the new count."""
+        with self._cond:
+            slot = self._ready_slot(model_id)
+            slot.refs += 1
+            return slot.refs
+
     def refs(self, model_id: int) -> int:
         """How many loads of ``model_id`` are not yet freed."""
         with self._cond:

@@ -25,7 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..api import INFO_SPECIAL_TOKENS, LoadParams, ModelInfo, SamplingParams, summarise_metadata_value
+from ..api import (
+    INFO_SPECIAL_TOKENS,
+    ChatMessage,
+    LoadParams,
+    ModelInfo,
+    SamplingParams,
+    summarise_metadata_value,
+)
 from ..errors import (
     ContextOverflowError,
     GenerationError,
@@ -447,6 +454,35 @@ class NativeModel:
         with self._in_use() as lib:
             template = lib.llama_model_chat_template(self._model, None)
         return template.decode("utf-8", "replace") if template is not None else None
+
+    def builtin_chat_prompt(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> str:
+        """The prompt from libllama's built-in template support (``llama_chat_apply_template``).
+
+        llama.cpp recognises the model's template family by its markers; no jinja is run, so a
+        template's own logic (e.g. a default system message) is not applied.
+        """
+        with self._in_use() as lib:
+            template = lib.llama_model_chat_template(self._model, None)
+            if template is None:
+                raise InvalidRequest("this model has no chat template for llama.cpp to recognise")
+            encoded = [(m.role.encode("utf-8"), m.content.encode("utf-8")) for m in messages]
+            chat = (llama_h.llama_chat_message * len(encoded))(
+                *(llama_h.llama_chat_message(role, content) for role, content in encoded)
+            )
+            size = 2 * sum(len(r) + len(c) for r, c in encoded) + 256
+            for _ in range(2):
+                buffer = ctypes.create_string_buffer(size)
+                needed = lib.llama_chat_apply_template(
+                    template, chat, len(encoded), add_generation_prompt, buffer, size
+                )
+                if needed < 0:
+                    raise InvalidRequest("llama.cpp does not recognise this model's chat template")
+                if needed <= size:
+                    return buffer.raw[:needed].decode("utf-8", "replace")
+                size = needed
+        raise GenerationError("llama_chat_apply_template kept asking for a larger buffer")
 
     def metadata(self) -> dict[str, str]:
         """Every GGUF key/value llama.cpp exposes, as full strings, sorted by key."""

@@ -203,7 +203,7 @@ def test_other_functions_check_arguments_first(monkeypatch: pytest.MonkeyPatch) 
         llambo.load_model("x.gguf", n_gpu_layers=-2)
     with pytest.raises(ValueError):
         llambo.load_model("x.gguf", n_batch=0)
-    with pytest.raises(ValueError, match="valid backends: native"):
+    with pytest.raises(ValueError, match="choose one of: auto, native, reference"):
         llambo.load_model("x.gguf", backend="cuda")
     with pytest.raises(TypeError):
         llambo.free_model("0")  # type: ignore[arg-type]
