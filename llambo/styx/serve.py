@@ -39,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add("--models-root", metavar="DIR", help="refuse loads that resolve outside DIR (symlinks included)")
     add("--load", action="append", default=[], metavar="PATH", help="load a model at start (repeatable)")
-    add("--backend", default="native", help="backend for loads that name none (default native)")
+    add(
+        "--backend",
+        choices=("auto", "native", "reference"),
+        default=None,
+        help="backend for loads that name none (default: $LLAMBO_BACKEND, else auto)",
+    )
     add("--n-ctx", type=int, default=0, help="context size for loads (0: the model's, capped)")
     add("--threads", type=int, default=0, help="threads per model (0: every core)")
     add("--n-gpu-layers", type=int, default=0, help="layers to offload for loads (-1: all)")

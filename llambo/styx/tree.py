@@ -41,6 +41,7 @@ from ..errors import (
 )
 from ..generation import TextStream
 from ..registry import ModelRegistry
+from ..selection import requested_backend, resolve_backend
 from .errors import BUSY, INVALID, NOT_FOUND, PERMISSION, StyxError
 from .fcall import DMDIR, OEXEC, ORCLOSE, ORDWR, OREAD, OTRUNC, OWRITE, QTDIR, QTFILE, Qid, Stat
 
@@ -209,10 +210,10 @@ class LoadCommand:
 
     path: str
     params: LoadParams
-    backend: str
+    backend: str | None  # None: the process default (LLAMBO_BACKEND, else auto)
 
 
-def parse_load(words: list[str], defaults: LoadParams, backend: str) -> LoadCommand:
+def parse_load(words: list[str], defaults: LoadParams, backend: str | None) -> LoadCommand:
     """The arguments of a ``load`` command (``words[0]`` is ``load``)."""
     if len(words) < 2:
         raise _invalid("usage: load <path> [use_mmap] [n_gpu_layers] [n_ctx=N n_threads=N ...]")
@@ -231,6 +232,10 @@ def parse_load(words: list[str], defaults: LoadParams, backend: str) -> LoadComm
         elif name in _LOAD_INTS:
             changes[name] = _int_word(name, value)
         elif name == "backend":
+            try:
+                requested_backend(value)
+            except ValueError as exc:
+                raise _invalid(str(exc)) from None
             backend = value
         else:
             known = ", ".join((*_LOAD_BOOLS, *_LOAD_INTS, "backend"))
@@ -811,7 +816,7 @@ class Tree:
         registry: ModelRegistry,
         *,
         models_root: str | os.PathLike[str] | None = None,
-        backend: str = "native",
+        backend: str | None = None,
         load_params: LoadParams | None = None,
         max_tokens: int = 4096,
         max_queued: int = 64,
@@ -877,14 +882,15 @@ class Tree:
         registry, params, backend = self.registry, command.params, command.backend
 
         def call() -> int:
+            chosen = resolve_backend(backend)
             if into is None:
-                return registry.load(path, params, backend)
-            return registry.load_into(into, path, params, backend)
+                return registry.load(path, params, chosen)
+            return registry.load_into(into, path, params, chosen)
 
         def loaded(loading: asyncio.Future[int]) -> None:  # counted even if the writer is gone by then
             if not loading.cancelled() and loading.exception() is None:
                 self._owned[loading.result()] += 1
-                _log.info("loaded %s as model %d (%s)", path, loading.result(), backend)
+                _log.info("loaded %s as model %d (%s)", path, loading.result(), backend or "auto")
 
         loading = asyncio.ensure_future(asyncio.to_thread(call))
         loading.add_done_callback(loaded)
