@@ -70,7 +70,11 @@ def demo(session: nox.Session) -> None:
     _build_requirements(session)
     _install_llambo(session)
     _native_build(session)
-    session.run("python", "examples/quickstart.py", *(session.posargs or [DEMO_QUESTION]))
+    question = " ".join(session.posargs) or DEMO_QUESTION
+    session.log(f"question: {question}")
+    # Greedy, with a light repeat penalty: the small default model answers plainly and briefly.
+    sampling = ["--temp", "0", "--repeat-penalty", "1.1", "-n", "128"]
+    session.run("python", "-m", "llambo", "run", *sampling, question)
 
 
 @nox.session

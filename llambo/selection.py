@@ -15,7 +15,7 @@ from typing import Any
 
 from .api import BACKENDS, BackendName
 from .backends import get_backend
-from .errors import NativeUnavailable
+from .errors import InvalidRequest, NativeUnavailable
 
 __all__ = ["AUTO", "ENV_BACKEND", "backend_info", "requested_backend", "resolve_backend"]
 
@@ -28,19 +28,26 @@ _warned: set[str] = set()
 _warn_lock = threading.Lock()
 
 
-def requested_backend(backend: str | None = None) -> str:
-    """The backend asked for: ``backend`` if given, else ``$LLAMBO_BACKEND``, else ``auto``."""
+def _requested(backend: str | None) -> tuple[str, str]:
+    """(the backend asked for, where that came from, for messages)."""
     if backend is None:
-        backend = os.environ.get(ENV_BACKEND, "").strip().lower() or AUTO
-        source = f"{ENV_BACKEND}={os.environ.get(ENV_BACKEND)!r}"
+        raw = os.environ.get(ENV_BACKEND, "")
+        name, source = raw.strip().lower() or AUTO, f"{ENV_BACKEND}={raw!r}" if raw else "the default"
     else:
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a str or None, got {type(backend).__name__}")
-        source = f"backend={backend!r}"
-        backend = backend.strip().lower()
-    if backend not in CHOICES:
-        raise ValueError(f"unknown backend ({source}); choose one of: {', '.join(CHOICES)}")
-    return backend
+        name, source = backend.strip().lower(), f"backend={backend!r}"
+    if name not in CHOICES:
+        raise InvalidRequest(f"unknown backend ({source}); choose one of: {', '.join(CHOICES)}")
+    return name, source
+
+
+def requested_backend(backend: str | None = None) -> str:
+    """The backend asked for: ``backend`` if given, else ``$LLAMBO_BACKEND``, else ``auto``.
+
+    An unknown name raises :class:`~llambo.errors.InvalidRequest` (a ValueError).
+    """
+    return _requested(backend)[0]
 
 
 def _warn_once(reason: str) -> None:
@@ -56,7 +63,7 @@ def _warn_once(reason: str) -> None:
 
 def resolve_backend(backend: str | None = None) -> BackendName:
     """The backend that will run a load asked for with ``backend`` (see the module docstring)."""
-    requested = requested_backend(backend)
+    requested, source = _requested(backend)
     if requested == "reference":
         return "reference"
     reason = get_backend("native").availability()
@@ -64,8 +71,8 @@ def resolve_backend(backend: str | None = None) -> BackendName:
         return "native"
     if requested == "native":
         raise NativeUnavailable(
-            f"the native backend was asked for ({ENV_BACKEND} or backend='native') but is unavailable: "
-            f"{reason}"
+            f"the native backend was asked for ({source}) and does not fall back, but it is unavailable: "
+            f"{reason}\nUse backend 'auto' to fall back to the numpy reference backend."
         )
     _warn_once(reason)
     return "reference"
