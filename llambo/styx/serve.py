@@ -1,4 +1,4 @@
-"""``serve``: the Styx server as a command (``python -m llambo.styx``; later ``llambo serve``)."""
+"""``llambo serve``: the Styx server as a command (also ``python -m llambo.styx``)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llambo serve",
         description="Serve loaded models over Styx (9P2000): load and ask them with plain file operations.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = parser.add_argument
     add(
@@ -45,9 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="backend for loads that name none (default: $LLAMBO_BACKEND, else auto)",
     )
-    add("--n-ctx", type=int, default=0, help="context size for loads (0: the model's, capped)")
+    add(
+        "--ctx",
+        "--n-ctx",
+        dest="n_ctx",
+        type=int,
+        default=0,
+        help="context size for loads (0: the model's, capped)",
+    )
     add("--threads", type=int, default=0, help="threads per model (0: every core)")
-    add("--n-gpu-layers", type=int, default=0, help="layers to offload for loads (-1: all)")
+    add(
+        "--gpu-layers",
+        "--n-gpu-layers",
+        dest="n_gpu_layers",
+        type=int,
+        default=0,
+        help="layers to offload for loads (-1: all)",
+    )
     bound = parser.add_argument_group("bounds").add_argument
     bound("--max-msize", type=int, default=defaults.msize, help="largest 9P message size offered")
     bound("--max-fids", type=int, default=defaults.fids, help="fids per connection")
@@ -56,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     bound("--max-tokens", type=int, default=defaults.max_tokens, help="largest max_tokens of a request")
     bound("--max-pending", type=int, default=defaults.pending, help="requests in flight per connection")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only, not every request")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details too")
     return parser
 
 
@@ -77,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(message)s",
         stream=sys.stderr,
     )
@@ -102,8 +118,9 @@ async def _serve(args: argparse.Namespace, limits: Limits, load_params: LoadPara
         for path in args.load:
             model_id = await server.tree.load(LoadCommand(path, load_params, args.backend))
             print(f"model {model_id}: {path}", file=sys.stderr, flush=True)
-        address = await server.start(args.listen)
-        print(f"serving 9P2000 on {address}", file=sys.stderr, flush=True)
+        address = await server.start(args.listen)  # logs "serving 9P2000 on ..."
+        if args.quiet:
+            print(f"serving 9P2000 on {address}", file=sys.stderr, flush=True)
         await stop.wait()
         _log.info("shutting down")
     except (StyxError, LlamboError, OSError, ValueError) as exc:

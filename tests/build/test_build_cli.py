@@ -395,3 +395,10 @@ def test_clean_removes_builds_and_libraries_only(tmp_path: Path, monkeypatch: py
     assert removed_all == [repo / "third_party" / "llama.cpp", cache]
     assert not cache.exists()
     assert (repo / "third_party" / "pin.json").is_file()
+
+
+def test_gpu_check_runs_test_files_that_exist() -> None:
+    from build_tools.gpu_check import gpu_check_tests
+
+    files = gpu_check_tests()
+    assert files and all(path.is_file() for path in files), files
