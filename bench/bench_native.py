@@ -46,13 +46,12 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from build_tools.source import Pin, load_pin
+from build_tools.source import Pin, SourceError, extract_tree, load_pin
 from llambo._fetch import cache_dir, pip_download
 from llambo.api import InferenceResult, LoadParams, SamplingParams
 from llambo.backends import get_backend
@@ -96,35 +95,11 @@ def extract_full_tree(sdist: Path, pin: Pin, dest: Path) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     prefix = pin.subdir.rstrip("/") + "/"
-    commit = None
-    count = 0
-    with tarfile.open(sdist, "r:gz") as tar:
-        for member in tar:
-            parts = member.name.split("/", 1)
-            if len(parts) != 2:
-                continue
-            inner = parts[1]
-            if inner == f".git/modules/{pin.subdir}/HEAD":
-                handle = tar.extractfile(member)
-                commit = handle.read().decode().strip() if handle else None
-                continue
-            if not inner.startswith(prefix) or not member.isfile():
-                continue
-            rel = inner[len(prefix) :]
-            if rel == ".git":  # a submodule pointer into the sdist's own git data
-                continue
-            if rel.startswith("/") or ".." in rel.split("/"):
-                shutil.rmtree(staging, ignore_errors=True)
-                raise SystemExit(f"refusing unsafe path {member.name!r} in {sdist.name}")
-            target = staging / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            if source is None:
-                continue
-            with source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out)
-            os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
-            count += 1
+    try:
+        count, commit = extract_tree(sdist, pin, staging)
+    except SourceError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise SystemExit(str(exc)) from None
     if not (staging / "tools" / "llama-bench" / "llama-bench.cpp").is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise SystemExit(f"{sdist.name} has no {prefix}tools/llama-bench: not the expected sdist")

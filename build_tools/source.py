@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -112,13 +113,17 @@ def _read_stamp(dest: Path) -> dict[str, str] | None:
     return data if isinstance(data, dict) else None
 
 
-def extract_pruned(sdist: Path, pin: Pin, dest: Path) -> int:
-    """Extract the pruned llama.cpp tree from the sdist into ``dest`` (replaced atomically)."""
-    staging = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+def extract_tree(
+    sdist: Path, pin: Pin, staging: Path, keep: Callable[[str], bool] = lambda rel: True
+) -> tuple[int, str | None]:
+    """Extract the files of the sdist's llama.cpp tree that ``keep`` accepts into ``staging``.
+
+    Returns (files written, the llama.cpp commit the sdist records or None); a member whose path
+    would land outside ``staging`` raises SourceError.
+    """
     count = 0
     commit = None
+    prefix = pin.subdir.rstrip("/") + "/"
     with tarfile.open(sdist, "r:gz") as tar:
         for member in tar:
             parts = member.name.split("/", 1)
@@ -129,14 +134,12 @@ def extract_pruned(sdist: Path, pin: Pin, dest: Path) -> int:
                 fh = tar.extractfile(member)
                 commit = fh.read().decode().strip() if fh else None
                 continue
-            prefix = pin.subdir.rstrip("/") + "/"
             if not inner.startswith(prefix) or not member.isfile():
                 continue
             rel = inner[len(prefix) :]
-            if not _keep(rel):
+            if rel == ".git" or not keep(rel):  # .git: a submodule pointer into the sdist's git data
                 continue
             if rel.startswith("/") or ".." in rel.split("/"):
-                shutil.rmtree(staging, ignore_errors=True)
                 raise SourceError(f"refusing unsafe path {member.name!r} in {sdist.name}")
             target = staging / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +150,19 @@ def extract_pruned(sdist: Path, pin: Pin, dest: Path) -> int:
                 shutil.copyfileobj(src, out)
             os.chmod(target, 0o755 if member.mode & 0o111 else 0o644)
             count += 1
+    return count, commit
+
+
+def extract_pruned(sdist: Path, pin: Pin, dest: Path) -> int:
+    """Extract the pruned llama.cpp tree from the sdist into ``dest`` (replaced atomically)."""
+    staging = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        count, commit = extract_tree(sdist, pin, staging, _keep)
+    except SourceError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if not (staging / "include" / "llama.h").is_file():
         shutil.rmtree(staging, ignore_errors=True)
         raise SourceError(f"{sdist.name} has no {pin.subdir}/include/llama.h: not the expected sdist")
