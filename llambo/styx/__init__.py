@@ -2,8 +2,10 @@
 
 Any 9P client (plan9port's ``9p`` and ``9pfuse``, Plan 9, Inferno, Linux v9fs) can load models and
 run inference with plain file operations. :mod:`.fcall` is the message codec, :mod:`.server` the
-asyncio server (connections, fids, tags, flush), :mod:`.tree` the llambo file tree, :mod:`.client`
-a small synchronous client and :mod:`.serve` the command line. See docs/STYX.md.
+asyncio server (connections, fids, tags, flush), :mod:`.tree` the llambo file tree (its nodes in
+:mod:`.nodes`, its open files in :mod:`.files`, ctl commands in :mod:`.commands`, generation
+requests in :mod:`.requests`), :mod:`.client` a small synchronous client and :mod:`.serve` the
+command line. See docs/STYX.md.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from . import fcall
 from .address import DEFAULT_ADDRESS, parse_address
+from .commands import quote
 from .errors import StyxError
 from .fcall import (
     IOHDRSZ,
@@ -242,7 +243,7 @@ class Client:
 
     def load(self, path: str, use_mmap: bool = True, n_gpu_layers: int = 0, **options: Any) -> int:
         """Load a model through ``/ctl``; its id (the same id again for the same file and settings)."""
-        words = ["load", _quote(path), "true" if use_mmap else "false", str(int(n_gpu_layers))]
+        words = ["load", quote(path), "true" if use_mmap else "false", str(int(n_gpu_layers))]
         words += [f"{name}={_option(value)}" for name, value in options.items()]
         fid = self.open_path("ctl", ORDWR)
         try:
@@ -326,14 +327,7 @@ def _user() -> str:
         return "none"
 
 
-def _quote(word: str) -> str:
-    """Quote a ctl word as rc does when it holds blanks or quotes."""
-    if word and not any(c in word for c in " \t\r\n'"):
-        return word
-    return "'" + word.replace("'", "''") + "'"
-
-
 def _option(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return _quote(str(value))
+    return quote(str(value))

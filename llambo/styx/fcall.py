@@ -9,8 +9,10 @@ allocation), and a message with bytes left over is refused too.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import ClassVar, TypeAlias
+from operator import attrgetter
+from typing import Any, ClassVar, TypeAlias, cast, get_args
 
 __all__ = [
     "DMAPPEND",
@@ -89,7 +91,6 @@ _U64 = struct.Struct("<Q")
 _HEAD = struct.Struct("<IBH")
 _QID = struct.Struct("<BIQ")
 _STAT_FIXED = struct.Struct("<HI13sIIIQ")  # type dev qid mode atime mtime length
-_IO = struct.Struct("<IBHI")  # size type tag count: the head of Rread
 
 
 class ProtocolError(Exception):
@@ -226,297 +227,243 @@ class _Reader:
 
 
 # -- the messages ------------------------------------------------------------------------------
+#
+# Each message declares its TYPE and its LAYOUT: one code per field after the tag, in order.
+# B H I Q: an integer of 1, 2, 4 or 8 bytes; s: a string; q: a qid; S: a stat (n[2] and an entry);
+# D: count[4] and that many bytes, the rest of the message; N: walk names (nwname[2], wname...);
+# W: walk qids (nwqid[2], qid...). The codec of each type is built from its layout below.
 
 
 @dataclass(frozen=True, slots=True)
 class Tversion:
     TYPE: ClassVar[int] = 100
+    LAYOUT: ClassVar[str] = "Is"
     tag: int
     msize: int
     version: str
-
-    def body(self) -> bytes:
-        return _U32.pack(self.msize) + _string(self.version)
 
 
 @dataclass(frozen=True, slots=True)
 class Rversion:
     TYPE: ClassVar[int] = 101
+    LAYOUT: ClassVar[str] = "Is"
     tag: int
     msize: int
     version: str
-
-    def body(self) -> bytes:
-        return _U32.pack(self.msize) + _string(self.version)
 
 
 @dataclass(frozen=True, slots=True)
 class Tauth:
     TYPE: ClassVar[int] = 102
+    LAYOUT: ClassVar[str] = "Iss"
     tag: int
     afid: int
     uname: str
     aname: str
-
-    def body(self) -> bytes:
-        return _U32.pack(self.afid) + _string(self.uname) + _string(self.aname)
 
 
 @dataclass(frozen=True, slots=True)
 class Rauth:
     TYPE: ClassVar[int] = 103
+    LAYOUT: ClassVar[str] = "q"
     tag: int
     aqid: Qid
-
-    def body(self) -> bytes:
-        return self.aqid.pack()
 
 
 @dataclass(frozen=True, slots=True)
 class Tattach:
     TYPE: ClassVar[int] = 104
+    LAYOUT: ClassVar[str] = "IIss"
     tag: int
     fid: int
     afid: int
     uname: str
     aname: str
 
-    def body(self) -> bytes:
-        return _U32.pack(self.fid) + _U32.pack(self.afid) + _string(self.uname) + _string(self.aname)
-
 
 @dataclass(frozen=True, slots=True)
 class Rattach:
     TYPE: ClassVar[int] = 105
+    LAYOUT: ClassVar[str] = "q"
     tag: int
     qid: Qid
-
-    def body(self) -> bytes:
-        return self.qid.pack()
 
 
 @dataclass(frozen=True, slots=True)
 class Rerror:
     TYPE: ClassVar[int] = 107
+    LAYOUT: ClassVar[str] = "s"
     tag: int
     ename: str
-
-    def body(self) -> bytes:
-        return _string(self.ename)
 
 
 @dataclass(frozen=True, slots=True)
 class Tflush:
     TYPE: ClassVar[int] = 108
+    LAYOUT: ClassVar[str] = "H"
     tag: int
     oldtag: int
-
-    def body(self) -> bytes:
-        return _U16.pack(self.oldtag)
 
 
 @dataclass(frozen=True, slots=True)
 class Rflush:
     TYPE: ClassVar[int] = 109
+    LAYOUT: ClassVar[str] = ""
     tag: int
-
-    def body(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
 class Twalk:
     TYPE: ClassVar[int] = 110
+    LAYOUT: ClassVar[str] = "IIN"
     tag: int
     fid: int
     newfid: int
     names: tuple[str, ...]
 
-    def body(self) -> bytes:
-        if len(self.names) > MAXWELEM:
-            raise ValueError(f"a walk takes at most {MAXWELEM} names")
-        head = _U32.pack(self.fid) + _U32.pack(self.newfid) + _U16.pack(len(self.names))
-        return head + b"".join(_string(name) for name in self.names)
-
 
 @dataclass(frozen=True, slots=True)
 class Rwalk:
     TYPE: ClassVar[int] = 111
+    LAYOUT: ClassVar[str] = "W"
     tag: int
     qids: tuple[Qid, ...]
-
-    def body(self) -> bytes:
-        return _U16.pack(len(self.qids)) + b"".join(qid.pack() for qid in self.qids)
 
 
 @dataclass(frozen=True, slots=True)
 class Topen:
     TYPE: ClassVar[int] = 112
+    LAYOUT: ClassVar[str] = "IB"
     tag: int
     fid: int
     mode: int
-
-    def body(self) -> bytes:
-        return _U32.pack(self.fid) + _U8.pack(self.mode)
 
 
 @dataclass(frozen=True, slots=True)
 class Ropen:
     TYPE: ClassVar[int] = 113
+    LAYOUT: ClassVar[str] = "qI"
     tag: int
     qid: Qid
     iounit: int
-
-    def body(self) -> bytes:
-        return self.qid.pack() + _U32.pack(self.iounit)
 
 
 @dataclass(frozen=True, slots=True)
 class Tcreate:
     TYPE: ClassVar[int] = 114
+    LAYOUT: ClassVar[str] = "IsIB"
     tag: int
     fid: int
     name: str
     perm: int
     mode: int
 
-    def body(self) -> bytes:
-        return _U32.pack(self.fid) + _string(self.name) + _U32.pack(self.perm) + _U8.pack(self.mode)
-
 
 @dataclass(frozen=True, slots=True)
 class Rcreate:
     TYPE: ClassVar[int] = 115
+    LAYOUT: ClassVar[str] = "qI"
     tag: int
     qid: Qid
     iounit: int
-
-    def body(self) -> bytes:
-        return self.qid.pack() + _U32.pack(self.iounit)
 
 
 @dataclass(frozen=True, slots=True)
 class Tread:
     TYPE: ClassVar[int] = 116
+    LAYOUT: ClassVar[str] = "IQI"
     tag: int
     fid: int
     offset: int
     count: int
-
-    def body(self) -> bytes:
-        return _U32.pack(self.fid) + _U64.pack(self.offset) + _U32.pack(self.count)
 
 
 @dataclass(frozen=True, slots=True)
 class Rread:
     TYPE: ClassVar[int] = 117
+    LAYOUT: ClassVar[str] = "D"
     tag: int
     data: bytes
-
-    def body(self) -> bytes:
-        return _U32.pack(len(self.data)) + self.data
 
 
 @dataclass(frozen=True, slots=True)
 class Twrite:
     TYPE: ClassVar[int] = 118
+    LAYOUT: ClassVar[str] = "IQD"
     tag: int
     fid: int
     offset: int
     data: bytes
 
-    def body(self) -> bytes:
-        return _U32.pack(self.fid) + _U64.pack(self.offset) + _U32.pack(len(self.data)) + self.data
-
 
 @dataclass(frozen=True, slots=True)
 class Rwrite:
     TYPE: ClassVar[int] = 119
+    LAYOUT: ClassVar[str] = "I"
     tag: int
     count: int
-
-    def body(self) -> bytes:
-        return _U32.pack(self.count)
 
 
 @dataclass(frozen=True, slots=True)
 class Tclunk:
     TYPE: ClassVar[int] = 120
+    LAYOUT: ClassVar[str] = "I"
     tag: int
     fid: int
-
-    def body(self) -> bytes:
-        return _U32.pack(self.fid)
 
 
 @dataclass(frozen=True, slots=True)
 class Rclunk:
     TYPE: ClassVar[int] = 121
+    LAYOUT: ClassVar[str] = ""
     tag: int
-
-    def body(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
 class Tremove:
     TYPE: ClassVar[int] = 122
+    LAYOUT: ClassVar[str] = "I"
     tag: int
     fid: int
-
-    def body(self) -> bytes:
-        return _U32.pack(self.fid)
 
 
 @dataclass(frozen=True, slots=True)
 class Rremove:
     TYPE: ClassVar[int] = 123
+    LAYOUT: ClassVar[str] = ""
     tag: int
-
-    def body(self) -> bytes:
-        return b""
 
 
 @dataclass(frozen=True, slots=True)
 class Tstat:
     TYPE: ClassVar[int] = 124
+    LAYOUT: ClassVar[str] = "I"
     tag: int
     fid: int
-
-    def body(self) -> bytes:
-        return _U32.pack(self.fid)
 
 
 @dataclass(frozen=True, slots=True)
 class Rstat:
     TYPE: ClassVar[int] = 125
+    LAYOUT: ClassVar[str] = "S"
     tag: int
     stat: Stat
-
-    def body(self) -> bytes:
-        entry = self.stat.pack()
-        return _U16.pack(len(entry)) + entry
 
 
 @dataclass(frozen=True, slots=True)
 class Twstat:
     TYPE: ClassVar[int] = 126
+    LAYOUT: ClassVar[str] = "IS"
     tag: int
     fid: int
     stat: Stat
-
-    def body(self) -> bytes:
-        entry = self.stat.pack()
-        return _U32.pack(self.fid) + _U16.pack(len(entry)) + entry
 
 
 @dataclass(frozen=True, slots=True)
 class Rwstat:
     TYPE: ClassVar[int] = 127
+    LAYOUT: ClassVar[str] = ""
     tag: int
-
-    def body(self) -> bytes:
-        return b""
 
 
 Message: TypeAlias = (
@@ -524,98 +471,148 @@ Message: TypeAlias = (
     | Topen | Ropen | Tcreate | Rcreate | Tread | Rread | Twrite | Rwrite | Tclunk | Rclunk | Tremove
     | Rremove | Tstat | Rstat | Twstat | Rwstat
 )  # fmt: skip
+_MESSAGES: tuple[type[Message], ...] = get_args(Message)
 
 
-def pack(message: Message) -> bytes:
-    """The bytes of one message, size field included."""
-    if isinstance(message, Rread):  # the hot path: no intermediate body
-        data = message.data
-        return _IO.pack(HEADER + 4 + len(data), Rread.TYPE, message.tag, len(data)) + data
-    body = message.body()
-    return _HEAD.pack(HEADER + len(body), message.TYPE, message.tag) + body
+# -- the codecs, one per message type, built from its layout -------------------------------------
 
 
-# -- decoding ----------------------------------------------------------------------------------
+def _put_stat(stat: Stat) -> bytes:
+    entry = stat.pack()
+    return _U16.pack(len(entry)) + entry
 
 
-def _walk_names(reader: _Reader) -> tuple[str, ...]:
+def _put_names(names: tuple[str, ...]) -> bytes:
+    if len(names) > MAXWELEM:
+        raise ValueError(f"a walk takes at most {MAXWELEM} names")
+    return _U16.pack(len(names)) + b"".join(_string(name) for name in names)
+
+
+def _put_qids(qids: tuple[Qid, ...]) -> bytes:
+    return _U16.pack(len(qids)) + b"".join(qid.pack() for qid in qids)
+
+
+def _walk_names(reader: _Reader, what: str) -> tuple[str, ...]:
     count = reader.u16("nwname")
     if count > MAXWELEM:
         raise ProtocolError(f"a walk names at most {MAXWELEM} elements, got {count}")
     return tuple(reader.string("wname") for _ in range(count))
 
 
-def _walk_qids(reader: _Reader) -> tuple[Qid, ...]:
+def _walk_qids(reader: _Reader, what: str) -> tuple[Qid, ...]:
     count = reader.u16("nwqid")
     if count > MAXWELEM:
         raise ProtocolError(f"a walk reply holds at most {MAXWELEM} qids, got {count}")
     return tuple(reader.qid() for _ in range(count))
 
 
-def _data(reader: _Reader) -> bytes:
+def _data(reader: _Reader, what: str) -> bytes:
     count = reader.u32("count")
     if count != len(reader.data) - reader.pos:
         raise ProtocolError(f"count {count} does not match the {len(reader.data) - reader.pos} data bytes")
     return reader.take(count, "data")
 
 
-def _decode(kind: int, tag: int, r: _Reader) -> Message:
-    message: Message
-    if kind == Tread.TYPE:
-        message = Tread(tag, r.u32("fid"), r.u64("offset"), r.u32("count"))
-    elif kind == Rread.TYPE:
-        message = Rread(tag, _data(r))
-    elif kind == Twrite.TYPE:
-        message = Twrite(tag, r.u32("fid"), r.u64("offset"), _data(r))
-    elif kind == Rwrite.TYPE:
-        message = Rwrite(tag, r.u32("count"))
-    elif kind in (Tversion.TYPE, Rversion.TYPE):
-        msize, version = r.u32("msize"), r.string("version")
-        message = Tversion(tag, msize, version) if kind == Tversion.TYPE else Rversion(tag, msize, version)
-    elif kind == Tauth.TYPE:
-        message = Tauth(tag, r.u32("afid"), r.string("uname"), r.string("aname"))
-    elif kind == Rauth.TYPE:
-        message = Rauth(tag, r.qid())
-    elif kind == Tattach.TYPE:
-        message = Tattach(tag, r.u32("fid"), r.u32("afid"), r.string("uname"), r.string("aname"))
-    elif kind == Rattach.TYPE:
-        message = Rattach(tag, r.qid())
-    elif kind == Rerror.TYPE:
-        message = Rerror(tag, r.string("ename"))
-    elif kind == Tflush.TYPE:
-        message = Tflush(tag, r.u16("oldtag"))
-    elif kind == Twalk.TYPE:
-        message = Twalk(tag, r.u32("fid"), r.u32("newfid"), _walk_names(r))
-    elif kind == Rwalk.TYPE:
-        message = Rwalk(tag, _walk_qids(r))
-    elif kind == Topen.TYPE:
-        message = Topen(tag, r.u32("fid"), r.u8("mode"))
-    elif kind in (Ropen.TYPE, Rcreate.TYPE):
-        qid, iounit = r.qid(), r.u32("iounit")
-        message = Ropen(tag, qid, iounit) if kind == Ropen.TYPE else Rcreate(tag, qid, iounit)
-    elif kind == Tcreate.TYPE:
-        message = Tcreate(tag, r.u32("fid"), r.string("name"), r.u32("perm"), r.u8("mode"))
-    elif kind in (Tclunk.TYPE, Tremove.TYPE, Tstat.TYPE):
-        fid = r.u32("fid")
-        message = Tclunk(tag, fid) if kind == Tclunk.TYPE else Tstat(tag, fid)
-        if kind == Tremove.TYPE:
-            message = Tremove(tag, fid)
-    elif kind == Rstat.TYPE:
-        message = Rstat(tag, r.stat())
-    elif kind == Twstat.TYPE:
-        message = Twstat(tag, r.u32("fid"), r.stat())
-    elif kind == Rflush.TYPE:
-        message = Rflush(tag)
-    elif kind == Rclunk.TYPE:
-        message = Rclunk(tag)
-    elif kind == Rremove.TYPE:
-        message = Rremove(tag)
-    elif kind == Rwstat.TYPE:
-        message = Rwstat(tag)
-    else:
-        raise ProtocolError(f"unknown message type {kind}")
-    r.end()
-    return message
+_FIXED = "BHIQ"  # the codes a struct format packs as they are
+_PUT: dict[str, Callable[[Any], bytes]] = {  # value -> bytes (D is packed with the integers before it)
+    "B": _U8.pack, "H": _U16.pack, "I": _U32.pack, "Q": _U64.pack, "s": _string, "q": Qid.pack,
+    "S": _put_stat, "N": _put_names, "W": _put_qids,
+}  # fmt: skip
+_GET: dict[str, Callable[[_Reader, str], Any]] = {  # (reader, field name for errors) -> value
+    "B": _Reader.u8, "H": _Reader.u16, "I": _Reader.u32, "Q": _Reader.u64, "s": _Reader.string,
+    "q": lambda r, what: r.qid(), "S": lambda r, what: r.stat(), "D": _data, "N": _walk_names,
+    "W": _walk_qids,
+}  # fmt: skip
+
+Pack: TypeAlias = Callable[[Any], bytes]
+Unpack: TypeAlias = Callable[[int, bytes], Message]
+
+
+def _codec(cls: type[Message]) -> tuple[Pack, Unpack]:
+    """pack and unpack for one message type: one struct when its fields are all integers, perhaps
+    followed by data (every message of the hot path); field by field otherwise."""
+    names = tuple(field.name for field in fields(cls))[1:]
+    layout, kind, make = cls.LAYOUT, cls.TYPE, cast("Callable[..., Message]", cls)
+    if len(layout) != len(names) or ("D" in layout and (layout[-1] != "D" or names[-1] != "data")):
+        raise TypeError(f"{cls.__name__}: LAYOUT {layout!r} does not fit the fields {names}")
+    steps = [(_GET[code], name) for code, name in zip(layout, names, strict=True)]
+
+    def unpack_fields(tag: int, data: bytes) -> Message:  # the general case; its errors say where
+        reader = _Reader(data, HEADER)
+        values = [get(reader, name) for get, name in steps]
+        reader.end()
+        return make(tag, *values)
+
+    fixed = layout.removesuffix("D")
+    if not names or fixed.strip(_FIXED):
+        puts = [(_PUT[code], name) for code, name in zip(layout, names, strict=True)]
+
+        def pack_fields(message: Any) -> bytes:
+            body = b""
+            for put, name in puts:
+                body += put(getattr(message, name))
+            return _HEAD.pack(HEADER + len(body), kind, message.tag) + body
+
+        return pack_fields, unpack_fields
+
+    if fixed == layout:
+        whole = struct.Struct("<IBH" + fixed)
+        pack_whole, size, body = whole.pack, whole.size, struct.Struct("<" + fixed).unpack_from
+        if len(names) == 1:  # Rwrite, Tclunk, ...: one getattr is much cheaper than a tuple and a *
+            name = names[0]
+
+            def pack_fixed(message: Any) -> bytes:
+                return pack_whole(size, kind, message.tag, getattr(message, name))
+
+        else:
+            get = attrgetter("tag", *names)
+
+            def pack_fixed(message: Any) -> bytes:
+                return pack_whole(size, kind, *get(message))
+
+        def unpack_fixed(tag: int, data: bytes) -> Message:
+            if len(data) != size:
+                return unpack_fields(tag, data)
+            return make(tag, *body(data, HEADER))
+
+        return pack_fixed, unpack_fixed
+
+    head = struct.Struct("<IBH" + fixed + "I")  # and then count bytes of data
+    pack_head, size, counted = head.pack, head.size, struct.Struct("<" + fixed + "I").unpack_from
+    if fixed:
+        get_fixed = attrgetter("tag", *names[:-1])
+
+        def pack_data(message: Any) -> bytes:
+            data: bytes = message.data
+            return pack_head(size + len(data), kind, *get_fixed(message), len(data)) + data
+
+    else:  # Rread, the hottest message of all: nothing to fetch but the tag
+
+        def pack_data(message: Any) -> bytes:
+            data: bytes = message.data
+            return pack_head(size + len(data), kind, message.tag, len(data)) + data
+
+    def unpack_data(tag: int, data: bytes) -> Message:
+        if len(data) < size:
+            return unpack_fields(tag, data)
+        *values, count = counted(data, HEADER)
+        if count != len(data) - size:
+            raise ProtocolError(f"count {count} does not match the {len(data) - size} data bytes")
+        return make(tag, *values, data[size:])
+
+    return pack_data, unpack_data
+
+
+_PACK: dict[type[Message], Pack] = {}
+_UNPACK: dict[int, Unpack] = {}
+for _cls in _MESSAGES:
+    _PACK[_cls], _UNPACK[_cls.TYPE] = _codec(_cls)
+del _cls
+
+
+def pack(message: Message) -> bytes:
+    """The bytes of one message, size field included."""
+    return _PACK[type(message)](message)
 
 
 def unpack(data: bytes) -> Message:
@@ -625,7 +622,10 @@ def unpack(data: bytes) -> Message:
     size, kind, tag = _HEAD.unpack_from(data)
     if size != len(data):
         raise ProtocolError(f"size field {size} does not match the message length {len(data)}")
-    return _decode(kind, tag, _Reader(data, HEADER))
+    decode = _UNPACK.get(kind)
+    if decode is None:
+        raise ProtocolError(f"unknown message type {kind}")
+    return decode(tag, data)
 
 
 def unpack_entries(data: bytes) -> list[Stat]:

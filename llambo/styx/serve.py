@@ -14,9 +14,9 @@ from ..api import LoadParams
 from ..errors import LlamboError
 from ..registry import default_registry
 from .address import DEFAULT_ADDRESS, parse_address
+from .commands import LoadCommand
 from .errors import StyxError
 from .server import Limits, StyxServer
-from .tree import LoadCommand
 
 __all__ = ["build_parser", "main"]
 

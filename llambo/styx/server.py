@@ -28,7 +28,7 @@ from ..api import LoadParams
 from ..registry import ModelRegistry, default_registry
 from . import fcall
 from .address import DEFAULT_ADDRESS, Address, parse_address
-from .errors import BUSY, INVALID, NOT_FOUND, PERMISSION, StyxError
+from .errors import BUSY, INVALID, NOT_FOUND, PERMISSION, StyxError, error_text
 from .fcall import (
     IOHDRSZ,
     NOFID,
@@ -59,7 +59,9 @@ from .fcall import (
     Twrite,
     Twstat,
 )
-from .tree import Node, OpenFile, Peer, Tree, error_text
+from .files import OpenFile
+from .nodes import Node, Peer
+from .tree import Tree
 
 __all__ = ["MIN_MSIZE", "Limits", "ServerThread", "StyxServer"]
 
