@@ -11,6 +11,16 @@ per position before taking the max and the RMS. The bounds for the default model
 teacher-forced on llama.cpp's own greedy continuations: the top-1 tokens agree wherever llama.cpp's
 top-1/top-2 margin exceeds 0.5, no centred logit differs by more than 1.5, and the RMS error over
 every compared logit is at most 5% of the RMS of llama.cpp's centred logits.
+
+Measured (12 prompts, 378 positions): raw max |diff| 1.67, centred 1.26, rel RMS 3.54%, top-1
+363/378, every position with a margin > 0.5 agreeing. The issue's bound of 1.5 on the raw
+difference is not met. A prototype that reproduced llama.cpp's CPU roundings (8-bit matmul inputs
+per weight type, float16 KV cache, flash attention's float16 accumulator) made the two-layer
+synthetic models agree almost bit for bit, yet left the default model where it is (raw 1.63,
+centred 1.26, rel RMS 3.67%): comparing llama.cpp's intermediate tensors layer by layer, a last-bit
+difference (summation order) flips one 8-bit rounding within a few layers, and that flip
+re-randomises every later rounding of the 30 layers. Only a bit-exact replica of ggml's kernels
+would do better, so the float32 reference is kept (the prototype cost 2.4x decode time).
 """
 
 from __future__ import annotations
