@@ -59,7 +59,24 @@ class Directory(OpenFile):
     """An open directory: the server reads it entry by entry through :meth:`Tree.children`."""
 
 
-class SnapshotFile(OpenFile):
+def _command_text(data: bytes) -> str:
+    """A ctl/clone write as text (InvalidArgument if it is not UTF-8)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise invalid("the command is not valid UTF-8") from None
+
+
+class _Immediate(OpenFile):
+    """A file whose every read is answered at once by :meth:`try_read`."""
+
+    async def read(self, offset: int, count: int) -> bytes:
+        result = self.try_read(offset, count)
+        assert result is not None
+        return result
+
+
+class SnapshotFile(_Immediate):
     """A read-only text built afresh by each read at offset 0 (info, status)."""
 
     def __init__(self, tree: Tree, node: Node, peer: Peer, render: Callable[[], bytes]) -> None:
@@ -72,13 +89,8 @@ class SnapshotFile(OpenFile):
             self._text = self._render()
         return self._text[offset : offset + count]
 
-    async def read(self, offset: int, count: int) -> bytes:
-        result = self.try_read(offset, count)
-        assert result is not None
-        return result
 
-
-class _Stream(OpenFile):
+class _Stream(_Immediate):
     """A file whose writes start something new and whose reads follow from the origin rule."""
 
     writable = True
@@ -120,16 +132,8 @@ class CtlFile(_Stream):
             text = self._text
         return text[position : position + count]
 
-    async def read(self, offset: int, count: int) -> bytes:
-        result = self.try_read(offset, count)
-        assert result is not None
-        return result
-
     async def write(self, offset: int, data: bytes) -> int:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise invalid("the command is not valid UTF-8") from None
+        text = _command_text(data)
         for line in text.splitlines():
             words = tokenize(line)
             if not words:
@@ -165,16 +169,8 @@ class CloneFile(_Stream):
         position = self._position(offset)
         return f"{self.model_id}\n".encode()[position : position + count]
 
-    async def read(self, offset: int, count: int) -> bytes:
-        result = self.try_read(offset, count)
-        assert result is not None
-        return result
-
     async def write(self, offset: int, data: bytes) -> int:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise invalid("the command is not valid UTF-8") from None
+        text = _command_text(data)
         words = tokenize(text.strip())
         if not words or words[0] != "load":
             raise invalid("clone takes one command: load <path> [use_mmap] [n_gpu_layers]")
