@@ -15,27 +15,14 @@ from support.synthetic_gguf import SyntheticSpec, write_model
 import llambo
 from llambo.api import FinishReason, SamplingParams
 from llambo.generation import TextStream, generate
-from llambo.native.library import library_status
 from llambo.registry import default_registry
 
-BACKENDS = [
-    pytest.param("native", marks=pytest.mark.native),
-    "reference",
-]
 TEXTS = ["hello the world", "  two  spaces\tand a tab\n", "ünïcödé ✓ 漢字", "<|im_start|>user\nhi<|im_end|>"]
 
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_model(tmp_path_factory.mktemp("contract") / "tiny.gguf", SyntheticSpec(n_ctx=128))
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name == "native" and not library_status()["available"]:
-        pytest.skip(f"native library unavailable: {library_status().get('reason')}")
-    return name
 
 
 @pytest.fixture

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.native import requires_native
 from support.synthetic_gguf import SyntheticSpec, write_model
-
-from llambo.native.library import library_status
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +43,7 @@ def test_chat_session_example(tiny: str) -> None:
 
 
 @pytest.mark.native
-@pytest.mark.skipif(not library_status()["available"], reason="the example compares with the native backend")
+@requires_native
 def test_compare_backends_example(tiny: str) -> None:
     out = _run("compare_backends.py", tiny)
     assert "native:" in out and "reference:" in out

@@ -14,9 +14,7 @@ import pytest
 from support.synthetic_gguf import SyntheticSpec, write_model
 
 import llambo
-from llambo.native.library import library_status
 
-BACKENDS = [pytest.param("native", marks=pytest.mark.native), "reference"]
 USER = [{"role": "user", "content": "hello the world"}]
 
 
@@ -29,14 +27,6 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def untemplated_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = SyntheticSpec(n_ctx=128, chat_template=False)
     return write_model(tmp_path_factory.mktemp("objects") / "plain.gguf", spec)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if name == "native" and not library_status()["available"]:
-        pytest.skip(f"native library unavailable: {library_status().get('reason')}")
-    return name
 
 
 @pytest.fixture

@@ -11,19 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.native import NATIVE_ONLY
 
 import llambo
 from llambo.chat import coerce_messages
-from llambo.native.library import library_status
 from llambo.native.model import NativeModel
 
-pytestmark = [
-    pytest.mark.native,
-    pytest.mark.skipif(
-        not library_status()["available"],
-        reason=f"native library unavailable: {library_status().get('reason')}",
-    ),
-]
+pytestmark = NATIVE_ONLY
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],

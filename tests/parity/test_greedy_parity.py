@@ -16,20 +16,14 @@ from pathlib import Path
 import jinja2.sandbox
 import numpy as np
 import pytest
+from support.native import NATIVE_ONLY
 
 from llambo.api import LoadParams, SamplingParams
 from llambo.generation import generate
-from llambo.native.library import library_status
 from llambo.native.model import NativeModel
 from llambo.reference.model import ReferenceModel
 
-pytestmark = [
-    pytest.mark.native,
-    pytest.mark.skipif(
-        not library_status()["available"],
-        reason=f"native library unavailable: {library_status().get('reason')}",
-    ),
-]
+pytestmark = NATIVE_ONLY
 
 AGREE_TOKENS = 16
 MARGIN = 0.5

@@ -32,23 +32,16 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from support.native import NATIVE_ONLY
 from support.synthetic_gguf import SyntheticSpec, write_model
 
 from llambo.api import LoadParams, SamplingParams
 from llambo.generation import generate, prompt_tokens
-from llambo.native.library import library_status
 from llambo.native.model import NativeModel
 from llambo.reference.gguf_weights import HParams, Weights, load_weights
 from llambo.reference.transformer import Transformer
 
-_STATUS = library_status()
-pytestmark = [
-    pytest.mark.native,
-    pytest.mark.skipif(
-        not _STATUS["available"],
-        reason=f"the native llama.cpp library is not available: {_STATUS.get('reason')}",
-    ),
-]
+pytestmark = NATIVE_ONLY
 
 N_CTX = 512
 

@@ -18,20 +18,14 @@ from typing import Any
 import gguf
 import pytest
 from parity.corpus import SPECIAL, parity_corpus, random_token_sequences, random_unicode, small_corpus
+from support.native import NATIVE_ONLY
 
 from llambo.api import LoadParams
-from llambo.native.library import library_status, load_library
+from llambo.native.library import load_library
 from llambo.native.model import NativeModel
 from llambo.reference.tokenizer import _BYTE_CHARS, SUPPORTED_PRE_TOKENIZERS, Tokenizer, _read_gguf_metadata
 
-_STATUS = library_status()
-pytestmark = [
-    pytest.mark.native,
-    pytest.mark.skipif(
-        not _STATUS["available"],
-        reason=f"the native llama.cpp library is not available: {_STATUS.get('reason')}",
-    ),
-]
+pytestmark = NATIVE_ONLY
 
 N_VOCAB = 49152
 N_MERGES = 48900
