@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -138,6 +139,12 @@ class Request:
         self.done = False
         self.error: str | None = None
         self.result: InferenceResult | None = None
+        # The generation's own time, as a direct generate() call would spend it: tokenizing plus
+        # the worker's loop, without the hand-offs between threads (what the server adds is the
+        # client's time minus this).
+        self.work_seconds: float | None = None
+        self._tokenize_seconds = 0.0
+        self._posting_seconds = 0.0
         self.cancelled = False  # read by the worker thread between pieces
         self._holders = 0
         self._loop = loop
@@ -168,10 +175,12 @@ class Request:
         """
         stream: TextStream | None = None
         if len(self.prompt) <= INLINE_PROMPT:
+            started = time.perf_counter()
             try:
                 stream = TextStream(self.state.model, self.prompt, self.params)
             except Exception as exc:
                 raise StyxError(error_text(exc)) from None
+            self._tokenize_seconds = time.perf_counter() - started
             self._accepted.set_result(None)
         tree = self.tree
         tree.live.add(self)
@@ -288,12 +297,15 @@ class Request:
     # -- the worker thread ----------------------------------------------------------------------
 
     def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        started = time.perf_counter()
         try:
             self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop is closed: nobody is left to read
             self.cancelled = True
+        self._posting_seconds += time.perf_counter() - started
 
     def _work(self, stream: TextStream | None) -> None:
+        started = time.perf_counter()
         if stream is None:
             try:
                 stream = TextStream(self.state.model, self.prompt, self.params)
@@ -312,4 +324,6 @@ class Request:
             error = exc
         finally:
             stream.close()
+        elapsed = time.perf_counter() - started
+        self.work_seconds = elapsed - self._posting_seconds + self._tokenize_seconds
         self._post(self._finish, stream.result, error)
