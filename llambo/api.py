@@ -343,6 +343,18 @@ class LoadedModel(Protocol):
 
 
 @runtime_checkable
+class BuiltinChatTemplate(Protocol):
+    """Optional for a loaded model: a chat prompt from its library's own template support, used
+    when jinja2 cannot render the model's template (the native backend has it, through
+    ``llama_chat_apply_template``)."""
+
+    def builtin_chat_prompt(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> str:
+        """The prompt for ``messages``, rendered without jinja."""
+
+
+@runtime_checkable
 class Backend(Protocol):
     """A way of running models: can it run here, and load a model."""
 

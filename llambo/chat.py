@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-from .api import ChatMessage, LoadedModel
+from .api import BuiltinChatTemplate, ChatMessage, LoadedModel
 from .errors import InvalidRequest
 
 __all__ = ["BUILTIN_TEMPLATES", "CHATML", "Messages", "chat_prompt", "coerce_messages", "render_chat"]
@@ -100,8 +100,7 @@ def chat_prompt(
     try:
         return render_chat(source, turns, add_generation_prompt=add_generation_prompt)
     except jinja2.TemplateError as exc:
-        builtin = getattr(model, "builtin_chat_prompt", None)
-        if template is not None or builtin is None:
+        if template is not None or not isinstance(model, BuiltinChatTemplate):
             raise InvalidRequest(f"the chat template could not be rendered: {exc}") from exc
         _log.info("jinja2 cannot render the model's chat template (%s); using llama.cpp's built-in", exc)
-        return str(builtin(turns, add_generation_prompt=add_generation_prompt))
+        return model.builtin_chat_prompt(turns, add_generation_prompt=add_generation_prompt)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import pytest
 from support.synthetic_gguf import CHATML_TEMPLATE
 
-from llambo.api import ChatMessage
-from llambo.chat import render_chat
+from llambo.api import ChatMessage, LoadedModel
+from llambo.chat import chat_prompt, render_chat
 from llambo.errors import InvalidRequest
 
 
@@ -37,3 +40,29 @@ def test_templates_are_sandboxed_and_may_refuse() -> None:
         render_chat("{{ ''.__class__.__mro__[1].__subclasses__() }}", [{"role": "user", "content": "x"}])
     with pytest.raises(InvalidRequest, match="roles must alternate"):
         render_chat("{{ raise_exception('roles must alternate') }}", [{"role": "user", "content": "x"}])
+
+
+class _TemplateOnly:
+    """Just enough of a loaded model for chat_prompt: a chat template jinja2 cannot parse."""
+
+    def chat_template(self) -> str:
+        return "{% if %}broken"
+
+
+class _WithBuiltin(_TemplateOnly):
+    def builtin_chat_prompt(
+        self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True
+    ) -> str:
+        return "|".join(f"{m.role}:{m.content}" for m in messages) + ("|>" if add_generation_prompt else "")
+
+
+def test_a_template_jinja_cannot_render_falls_back_to_the_builtin_when_the_model_has_one() -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    assert chat_prompt(cast(LoadedModel, _WithBuiltin()), messages) == "user:Hi|>"
+    assert chat_prompt(cast(LoadedModel, _WithBuiltin()), messages, add_generation_prompt=False) == "user:Hi"
+    with pytest.raises(InvalidRequest, match="could not be rendered"):
+        chat_prompt(cast(LoadedModel, _TemplateOnly()), messages)
+    with pytest.raises(
+        InvalidRequest, match="could not be rendered"
+    ):  # an explicit template never falls back
+        chat_prompt(cast(LoadedModel, _WithBuiltin()), messages, template="{% if %}")
